@@ -45,6 +45,18 @@ pub enum Command {
     /// Demo data for a local deployment.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// Follow an alert, a dispatch or a phone number through the events of both sites.
+    #[command(subcommand)]
+    Trace(crate::trace::TraceCommand),
+    /// Re-evaluate alerts as they were defined against the recorded ticks of a window, in a sandbox that
+    /// sends nothing, and diff the result against what was actually triggered and sent.
+    Replay(crate::replay::ReplayArgs),
+    /// Rebuild Postgres read models from the streams into fresh tables, then swap them in.
+    #[command(subcommand)]
+    Projections(crate::projections::ProjectionsCommand),
+    /// Dead letters: list, show, re-drive after a fix.
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,5 +248,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::FakeExchange(args) => crate::fakes::exchange(&load_config()?, args).await,
         Command::FakeTwilio(args) => crate::fakes::twilio(&load_config()?, args).await,
         Command::Demo(DemoCommand::Seed(args)) => crate::demo::seed(&load_config()?, &args).await,
+        Command::Trace(command) => crate::trace::run(&load_config()?, command).await,
+        Command::Replay(args) => crate::replay::run(&load_config()?, args).await,
+        Command::Projections(command) => crate::projections::run(&load_config()?, command).await,
+        Command::Dlq(command) => crate::dlq::run(&load_config()?, command).await,
     }
 }

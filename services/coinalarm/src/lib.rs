@@ -4,11 +4,15 @@
 mod cli;
 mod db;
 mod demo;
+pub mod dlq;
 mod fakes;
 mod nats;
+pub mod projections;
+pub mod replay;
 mod serve;
 mod sites;
 mod table;
+pub mod trace;
 
 use std::process::ExitCode;
 
