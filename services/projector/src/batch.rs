@@ -6,7 +6,7 @@
 //! hole (an event applied out of order could never be applied later: its position would be below the
 //! checkpoint), writes the rows, and moves the checkpoint to the last position — or writes nothing.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 
 use crate::event::{Slot, StreamEvent};
 use crate::projections::{Applied, Projection};
@@ -44,6 +44,8 @@ pub enum Outcome {
 pub struct Committed {
     /// The checkpoint after the batch.
     pub checkpoint: u64,
+    /// Whether the batch held anything past the checkpoint (else nothing was written).
+    pub checkpoint_moved: bool,
     pub applied: Applied,
     /// Positions at or below the checkpoint: already applied, skipped.
     pub replayed: usize,
@@ -77,9 +79,29 @@ pub async fn apply_batch(
 ) -> Result<Outcome, BatchError> {
     let mut client = pool.get().await.map_err(BatchError::Pool)?;
     let transaction = client.transaction().await?;
-    target.enter(&transaction).await?;
+    let outcome = apply_batch_in(&transaction, target, projection, slots, gaps).await?;
+    let wrote = matches!(&outcome, Outcome::Committed(committed) if committed.checkpoint_moved);
+    if wrote {
+        transaction.commit().await?;
+    } else {
+        transaction.rollback().await?;
+    }
+    Ok(outcome)
+}
+
+/// [`apply_batch`] inside a transaction the caller owns and ends (a table swap applies the last events
+/// to a rebuilt schema in the transaction that holds the live checkpoint). Leaves the transaction's
+/// `search_path` at `target`. On [`Outcome::Gap`] nothing was written.
+pub async fn apply_batch_in(
+    transaction: &Transaction<'_>,
+    target: &Target,
+    projection: Projection,
+    slots: &[&Slot],
+    gaps: GapPolicy,
+) -> Result<Outcome, BatchError> {
+    target.enter(transaction).await?;
     let checkpoint =
-        target::lock_checkpoint(&transaction, projection.name(), projection.stream()).await?;
+        target::lock_checkpoint(transaction, projection.name(), projection.stream()).await?;
 
     let mut last = checkpoint;
     let mut fresh: Vec<&Slot> = Vec::with_capacity(slots.len());
@@ -101,7 +123,6 @@ pub async fn apply_batch(
                 GapPolicy::Reject { accepted } => accepted == Some(hole),
             };
             if !allowed {
-                transaction.rollback().await?;
                 return Ok(Outcome::Gap { checkpoint, hole });
             }
             skipped_holes.push(hole);
@@ -110,9 +131,9 @@ pub async fn apply_batch(
         last = position;
     }
     if fresh.is_empty() {
-        transaction.rollback().await?;
         return Ok(Outcome::Committed(Committed {
             checkpoint,
+            checkpoint_moved: false,
             applied: Applied::default(),
             replayed,
             undecodable: 0,
@@ -127,11 +148,11 @@ pub async fn apply_batch(
         })
         .collect();
     let undecodable = fresh.len() - events.len();
-    let applied = projection.apply(&transaction, &events).await?;
-    target::advance_checkpoint(&transaction, projection.name(), projection.stream(), last).await?;
-    transaction.commit().await?;
+    let applied = projection.apply(transaction, &events).await?;
+    target::advance_checkpoint(transaction, projection.name(), projection.stream(), last).await?;
     Ok(Outcome::Committed(Committed {
         checkpoint: last,
+        checkpoint_moved: true,
         applied,
         replayed,
         undecodable,

@@ -5,7 +5,8 @@
 //! (`projector-<name>`) and applies every batch in one transaction together with its
 //! `projection_checkpoints` row; see [`batch`] for why that is exactly-once, [`runner`] for ordering,
 //! back-pressure and retries, [`merge`] for cross-site conflicts, [`mod@rebuild`] for rebuilding into
-//! another schema and [`mod@status`] for how far each projection is behind its stream.
+//! another schema, [`mod@swap`] for putting such a rebuild in place of the live tables and
+//! [`mod@status`] for how far each projection is behind its stream.
 
 pub mod batch;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod projections;
 pub mod rebuild;
 pub mod runner;
 pub mod status;
+pub mod swap;
 pub mod target;
 
 use std::time::Duration;
@@ -26,8 +28,11 @@ use deadpool_postgres::Pool;
 
 pub use config::ProjectorConfig;
 pub use projections::Projection;
-pub use rebuild::{RebuildOptions, RebuildReport, rebuild};
+pub use rebuild::{
+    NoProgress, RebuildOptions, RebuildProgress, RebuildReport, rebuild, rebuild_with_progress,
+};
 pub use status::{ProjectionStatus, status};
+pub use swap::{SwapOptions, SwapReport, swap};
 pub use target::Target;
 
 /// The name this service goes by in config (`nats.users.projector`), logs and metrics.

@@ -71,6 +71,51 @@ impl Projection {
         format!("projector-{}", self.name().replace('_', "-"))
     }
 
+    /// The tables it writes (in the schema it projects into). `aggregate_events` is shared by the two
+    /// aggregates, `users` and `alerts`: they are rebuilt and swapped together.
+    pub const fn tables(self) -> &'static [&'static str] {
+        match self {
+            Projection::Users => &["users", "aggregate_events"],
+            Projection::Alerts => &["alerts", "aggregate_events"],
+            Projection::Triggers => &["triggers", "trigger_prices", "alert_trigger_stats"],
+            Projection::Dispatch => &[
+                "dispatches",
+                "dispatch_triggers",
+                "dispatch_timeline",
+                "dispatch_skips",
+            ],
+            Projection::Ticks => &["markets", "candles_1m"],
+            Projection::DeadLetters => &["dead_letters"],
+        }
+    }
+
+    /// `requested` plus every projection sharing a table with one of them (transitively), in
+    /// [`Projection::ALL`] order: a table can only be swapped whole, with everything written to it.
+    pub fn closed_selection(requested: &[Projection]) -> Vec<Projection> {
+        let mut selected: Vec<Projection> = requested.to_vec();
+        loop {
+            let before = selected.len();
+            for candidate in Projection::ALL {
+                let shares = selected.iter().any(|chosen| {
+                    chosen
+                        .tables()
+                        .iter()
+                        .any(|table| candidate.tables().contains(table))
+                });
+                if shares && !selected.contains(&candidate) {
+                    selected.push(candidate);
+                }
+            }
+            if selected.len() == before {
+                break;
+            }
+        }
+        Projection::ALL
+            .into_iter()
+            .filter(|projection| selected.contains(projection))
+            .collect()
+    }
+
     pub fn from_name(name: &str) -> Option<Projection> {
         Projection::ALL
             .into_iter()
@@ -169,6 +214,22 @@ mod tests {
             assert_eq!(json, serde_json::json!(projection.name()));
         }
         assert_eq!(Projection::DeadLetters.durable(), "projector-dead-letters");
+    }
+
+    #[test]
+    fn projections_sharing_a_table_are_selected_together() {
+        assert_eq!(
+            Projection::closed_selection(&[Projection::Users]),
+            vec![Projection::Users, Projection::Alerts]
+        );
+        assert_eq!(
+            Projection::closed_selection(&[Projection::Ticks, Projection::Triggers]),
+            vec![Projection::Triggers, Projection::Ticks]
+        );
+        assert_eq!(
+            Projection::closed_selection(&Projection::ALL),
+            Projection::ALL.to_vec()
+        );
         assert_eq!(Projection::DeadLetters.stream(), "DEADLETTER");
     }
 }
