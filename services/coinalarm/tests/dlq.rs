@@ -3,15 +3,15 @@
 //! it is "broken": the dead letter is listed and shown with its reason, a re-drive after the fix
 //! delivers it to that consumer exactly once, and re-driving again is a no-op.
 
+mod common;
+
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use coinalarm_runtime::Shutdown;
 use coinalarm_runtime::bus::{self, BatchHandler, Bus, ConsumerSpec, Delivery, Disposition};
-use coinalarm_runtime::config::Credentials;
-use coinalarm_runtime::nats::topology::{self, SiteTopology, TopologyOptions};
-use coinalarm_runtime::{Config, Shutdown};
 use coinalarm_test_support::nats::TwoSites;
 use coinalarm_test_support::postgres::TestDatabase;
 use coinalarm_test_support::wait;
@@ -102,33 +102,11 @@ async fn json(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_message_is_listed_shown_and_redriven_once_after_the_fix() {
-    let sites = TwoSites::start().await;
-    for site in Site::ALL {
-        topology::apply(
-            &SiteTopology::new(site, &TopologyOptions::default()),
-            &sites.jetstream(site).await,
-            false,
-        )
-        .await
-        .expect("topology");
-    }
+    let sites = common::sites_with_topology().await;
     let database = TestDatabase::create().await.expect("database");
 
     // The live dead-letter projection fills `dead_letters`.
-    let mut config = Config {
-        site: Site::Onprem,
-        ..Config::default()
-    };
-    config.nats.urls.onprem = sites.url(Site::Onprem);
-    config.nats.urls.cloud = sites.url(Site::Cloud);
-    config.nats.users.insert(
-        "projector".to_owned(),
-        Credentials {
-            user: "projector".to_owned(),
-            password: sites.password("projector").to_owned(),
-        },
-    );
-    config.postgres.url = database.url().to_owned();
+    let mut config = common::projector_config(&sites, &database);
     config.postgres.pool_size = 2;
     let pool = coinalarm_runtime::postgres::connect_pool(&config.postgres)
         .await

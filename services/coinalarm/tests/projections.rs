@@ -3,14 +3,14 @@
 //! swapped tables equal the live ones, nothing is lost or applied twice afterwards, `--only` swaps only
 //! what it names, and a corrupted live row is found and stops the swap.
 
+mod common;
+
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use coinalarm_runtime::bus::Bus;
-use coinalarm_runtime::config::Credentials;
-use coinalarm_runtime::nats::topology::{self, SiteTopology, TopologyOptions};
 use coinalarm_runtime::{Config, Shutdown};
 use coinalarm_test_support::nats::TwoSites;
 use coinalarm_test_support::postgres::TestDatabase;
@@ -31,31 +31,9 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let sites = TwoSites::start().await;
-    for site in Site::ALL {
-        topology::apply(
-            &SiteTopology::new(site, &TopologyOptions::default()),
-            &sites.jetstream(site).await,
-            false,
-        )
-        .await
-        .expect("topology");
-    }
+    let sites = common::sites_with_topology().await;
     let database = TestDatabase::create().await.expect("database");
-    let mut config = Config {
-        site: Site::Onprem,
-        ..Config::default()
-    };
-    config.nats.urls.onprem = sites.url(Site::Onprem);
-    config.nats.urls.cloud = sites.url(Site::Cloud);
-    config.nats.users.insert(
-        "projector".to_owned(),
-        Credentials {
-            user: "projector".to_owned(),
-            password: sites.password("projector").to_owned(),
-        },
-    );
-    config.postgres.url = database.url().to_owned();
+    let mut config = common::projector_config(&sites, &database);
     config.postgres.pool_size = 4;
     let settings = serde_json::json!({
         "batch_size": 20, "tick_batch_size": 20, "fetch_wait": 0.2, "ack_wait": 5.0,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use coinalarm_ingest::fake_exchange::FeedMode;
 use coinalarm_test_support::wait;
 use common::two_sites::{MARKET, START_PRICE, TARGET_STEP, TwoSiteDeployment};
-use common::{Deployment, MATCHER, WITHOUT_MATCHER, start_services};
+use common::{Deployment, MATCHER, RunningServices, WITHOUT_MATCHER, start_services};
 use jiff::Timestamp;
 use proto_events::domain::{AlertId, MarketCode, PhoneHash, PhoneNumber, Price, UserId};
 use proto_events::events::alerts::AlertCreated;
@@ -173,13 +173,12 @@ fn alert_ids(firings: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_history_replays_to_no_difference_and_exit_0() {
-    let deployment = Deployment::start(FeedMode::Scripted).await;
-    let user = register(&deployment, "010-1000-0001").await;
-    let before_window = target_alert(&deployment, &user, 96_000_000).await;
-    let in_window = target_alert(&deployment, &user, 97_000_000).await;
-    let config = deployment.config(Site::Onprem, &["KRW-BTC"]);
+/// Every service but the matcher, and the matcher on its own (so a test can stop it), once ingest is
+/// subscribed and the matcher ready.
+async fn start_pipeline(
+    deployment: &Deployment,
+    config: &coinalarm_runtime::Config,
+) -> (RunningServices, RunningServices) {
     let services = start_services(config.clone(), WITHOUT_MATCHER);
     let matcher = start_services(config.clone(), MATCHER);
     wait::until_true("ingest to subscribe", WAIT, || async {
@@ -187,7 +186,18 @@ async fn a_clean_history_replays_to_no_difference_and_exit_0() {
     })
     .await
     .expect("ingest subscribes");
-    wait_matcher_ready(&deployment).await;
+    wait_matcher_ready(deployment).await;
+    (services, matcher)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_history_replays_to_no_difference_and_exit_0() {
+    let deployment = Deployment::start(FeedMode::Scripted).await;
+    let user = register(&deployment, "010-1000-0001").await;
+    let before_window = target_alert(&deployment, &user, 96_000_000).await;
+    let in_window = target_alert(&deployment, &user, 97_000_000).await;
+    let config = deployment.config(Site::Onprem, &["KRW-BTC"]);
+    let (services, matcher) = start_pipeline(&deployment, &config).await;
     trade(&deployment, 95_500_000, 1).await;
     trade(&deployment, 96_100_000, 2).await;
     deployment.wait_for_ledger(1, WAIT).await;
@@ -235,14 +245,7 @@ async fn a_firing_missed_while_the_matcher_was_stopped_is_reported_missed_exactl
     let fired = target_alert(&deployment, &user, 96_000_000).await;
     let missed = target_alert(&deployment, &user, 97_000_000).await;
     let config = deployment.config(Site::Onprem, &["KRW-BTC"]);
-    let services = start_services(config.clone(), WITHOUT_MATCHER);
-    let matcher = start_services(config.clone(), MATCHER);
-    wait::until_true("ingest to subscribe", WAIT, || async {
-        deployment.exchange.subscriber_count() > 0
-    })
-    .await
-    .expect("ingest subscribes");
-    wait_matcher_ready(&deployment).await;
+    let (services, matcher) = start_pipeline(&deployment, &config).await;
     trade(&deployment, 95_500_000, 1).await;
 
     let from = now_in_milliseconds();

@@ -41,13 +41,7 @@ impl Deployment {
             log_filter: std::env::var("COINALARM_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
             ..Default::default()
         });
-        let sites = TwoSites::start().await;
-        for site in Site::ALL {
-            let topology = SiteTopology::new(site, &TopologyOptions::default());
-            topology::apply(&topology, &sites.jetstream(site).await, false)
-                .await
-                .expect("apply topology");
-        }
+        let sites = sites_with_topology().await;
         let database = TestDatabase::create().await.expect("test database");
         let exchange = FakeExchange::start(FakeExchangeConfig {
             feed,
@@ -155,6 +149,39 @@ impl Deployment {
         .await
         .expect("the expected SMS reach the provider")
     }
+}
+
+/// Both NATS sites with the topology applied, and nothing else: for tests that drive the streams and one
+/// service directly.
+pub async fn sites_with_topology() -> TwoSites {
+    let sites = TwoSites::start().await;
+    for site in Site::ALL {
+        let topology = SiteTopology::new(site, &TopologyOptions::default());
+        topology::apply(&topology, &sites.jetstream(site).await, false)
+            .await
+            .expect("apply topology");
+    }
+    sites
+}
+
+/// The configuration of an on-prem projector (and the operator commands, which connect as `admin`)
+/// against `database`.
+pub fn projector_config(sites: &TwoSites, database: &TestDatabase) -> Config {
+    let mut config = Config {
+        site: Site::Onprem,
+        ..Config::default()
+    };
+    config.nats.urls.onprem = sites.url(Site::Onprem);
+    config.nats.urls.cloud = sites.url(Site::Cloud);
+    config.nats.users.insert(
+        "projector".to_owned(),
+        Credentials {
+            user: "projector".to_owned(),
+            password: sites.password("projector").to_owned(),
+        },
+    );
+    config.postgres.url = database.url().to_owned();
+    config
 }
 
 pub fn section(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
