@@ -830,3 +830,44 @@ setup_cargo_env() {
     export CARGO_TERM_COLOR=never CARGO_INCREMENTAL=0
   fi
 }
+
+# ---------------------------------------------------------------------------------------------------------
+# The web client (web/): built with npm into web/dist, which the API serves (api.web_root)
+
+WEB_DIR="$REPO_ROOT/web"
+
+# web_build_stale: web/dist is missing, or a source of the client is newer than it.
+web_build_stale() {
+  [[ -f $WEB_DIR/dist/index.html ]] || return 0
+  [[ -n $(find "$WEB_DIR" \( -path "$WEB_DIR/node_modules" -o -path "$WEB_DIR/dist" \) -prune -o \
+    -type f -newer "$WEB_DIR/dist/index.html" -print -quit) ]]
+}
+
+# ensure_web_deps: web/node_modules as web/package-lock.json says (npm ci), when missing or outdated.
+ensure_web_deps() {
+  command -v npm >/dev/null || die "npm is missing: install Node.js 20 (it builds the web client)"
+  if [[ ! -f $WEB_DIR/node_modules/.package-lock.json ||
+    $WEB_DIR/package-lock.json -nt $WEB_DIR/node_modules/.package-lock.json ]]; then
+    run_step "web: npm ci" npm --prefix "$WEB_DIR" ci --no-audit --no-fund && return 0
+    # `npm ci` refuses a lock file without the other platforms' optional builds (rollup, esbuild), which
+    # a registry mirror that lacks them produces; `npm install` installs the same locked versions.
+    warn "npm ci failed; installing the locked versions with npm install --no-save instead"
+    run_step "web: npm install (locked versions)" npm --prefix "$WEB_DIR" install --no-save --no-audit --no-fund || return 1
+  fi
+}
+
+# ensure_web_build: web/dist built from the current sources (npm ci + npm run build only when needed).
+ensure_web_build() {
+  if ! web_build_stale; then
+    say "web client: web/dist is up to date"
+    return 0
+  fi
+  ensure_web_deps || return 1
+  run_step "web: npm run build" npm --prefix "$WEB_DIR" run build
+}
+
+# ensure_chromium: Debian's chromium for the browser test (installed with apt as root when missing).
+ensure_chromium() {
+  command -v chromium >/dev/null && return 0
+  apt_install chromium
+}

@@ -4,7 +4,10 @@
 #   1. doc tests            cargo test --workspace --doc
 #   2. CLI smoke test       cargo build; coinalarm db migrate / nats apply / nats status
 #                           against the .run/ servers
-#   3. the tests            cargo nextest run --workspace --no-fail-fast (cargo test when nextest is missing)
+#   3. the web client       npm ci + build (when web/ changed), its unit tests (vitest), and its browser test
+#                           (web/e2e/run.sh: playwright-core drives Debian's chromium, apt-installed when
+#                           missing, through a backend of its own)
+#   4. the tests            cargo nextest run --workspace --no-fail-fast (cargo test when nextest is missing)
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed. The
 # servers keep running afterwards, so the next run starts at once (scripts/down.sh stops them).
 # The full test run comes last so that its summary closes the output.
@@ -12,7 +15,8 @@
 #   scripts/test.sh [--no-smoke] [--] [ARGS...]
 #
 # ARGS go to the test runner (e.g. `scripts/test.sh -p proto-events`, `scripts/test.sh -- some_test`);
-# with ARGS, doc tests and the smoke test are skipped: a filtered run is a developer's quick loop.
+# with ARGS, doc tests, the smoke test and the web client's tests are skipped: a filtered run is a
+# developer's quick loop.
 # Formatting and clippy are .ci/run's job. CADEV_INSTALL_NEXTEST=1 lets a machine without
 # cargo-nextest build it (several minutes) instead of falling back to cargo test.
 set -euo pipefail
@@ -93,6 +97,19 @@ if ((smoke && !filtered)); then
   else
     failed=1
   fi
+fi
+
+if ((!filtered)); then
+  web_tests() {
+    ensure_web_build || return 1
+    say "web: vitest (unit tests)"
+    npm --prefix "$WEB_DIR" test || return 1
+    ensure_chromium
+    local bin=$REPO_ROOT/target/debug/coinalarm
+    [[ -x $bin ]] || "${TEST_ENV[@]}" cargo build -p coinalarm || return 1
+    "$WEB_DIR/e2e/run.sh" --bin "$bin"
+  }
+  run_step "web: unit and browser tests" web_tests || failed=1
 fi
 
 if have_nextest; then

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts CoinAlarm locally: both NATS sites (leaf-linked), Postgres and Redis on free loopback ports under
 # .run/, then builds the `coinalarm` binary, migrates the database, applies the stream topology, starts the
-# fake exchange (a random walk in Upbit's protocol) and the fake Twilio, runs every service in one
-# `coinalarm serve all` process, seeds a demo user with alerts and shows the first SMS arriving.
+# fake exchange (a random walk in Upbit's protocol) and the fake Twilio, builds the web client (web/, npm;
+# only when it changed), runs every service in one `coinalarm serve all` process (the API serving the web
+# client at /), seeds a demo user with alerts and shows the first SMS arriving.
 # Rerunning it reuses what still runs and restarts the services with the freshly built binary.
 #
 #   scripts/up.sh                 everything, services in the background (log: .run/logs/coinalarm.log)
@@ -60,6 +61,15 @@ if [[ -z $bin ]]; then
   run_step "cargo build --release -p coinalarm" cargo build --release -p coinalarm ||
     die "the build failed (output above)"
 fi
+# The web client, served by the API at / (api.web_root). Without npm the API still runs, without it.
+web_root_env=()
+if ! command -v npm >/dev/null; then
+  warn "npm is not installed: the API runs without the web client (install Node.js 20 for it)"
+elif ensure_web_build; then
+  web_root_env=("COINALARM_API__WEB_ROOT=$WEB_DIR/dist")
+else
+  warn "building the web client failed (output above): the API runs without it"
+fi
 run_step "coinalarm db migrate" coinalarm_cli "$bin" db migrate ||
   die "coinalarm db migrate failed (output above; Postgres log: .run/logs/postgres.log)"
 run_step "coinalarm nats apply" coinalarm_cli "$bin" nats apply ||
@@ -93,13 +103,13 @@ start_fake fake-twilio "$CADEV_FAKE_TWILIO_PORT" fake-twilio --listen "127.0.0.1
 print_infra_summary
 if ((foreground)); then
   printf '\nRunning coinalarm serve all in the foreground; Ctrl-C stops it (scripts/down.sh stops the rest).\n\n'
-  exec "${CLI_ENV[@]}" "$bin" serve all
+  exec "${CLI_ENV[@]}" "${web_root_env[@]}" "$bin" serve all
 fi
 
 printf '\n--- %s scripts/up.sh: starting coinalarm serve all\n' "$(date -Is)" >>"$log"
 # setsid: a Ctrl-C in this terminal later must not reach it; down.sh stops it by its pid file.
 # NO_COLOR: a log file wants no terminal colour codes.
-"${CLI_ENV[@]}" NO_COLOR=1 setsid "$bin" serve all </dev/null >>"$log" 2>&1 9>&- &
+"${CLI_ENV[@]}" "${web_root_env[@]}" NO_COLOR=1 setsid "$bin" serve all </dev/null >>"$log" 2>&1 9>&- &
 pid=$!
 echo "$pid" >"$pidfile"
 
@@ -128,7 +138,13 @@ for entry in json.load(sys.stdin)[-5:]:
     print("  SMS to %s at %s: %s" % (entry["to"], entry["created_at"], entry["body"].replace("\n", " / ")))'
 fi
 
+if ((${#web_root_env[@]} > 0)); then
+  web_line="web app       http://127.0.0.1:$CADEV_API_PORT/   (sign in with any number; the code is in the SMS ledger below)"
+else
+  web_line="web app       not built (see the warning above)"
+fi
 cat <<EOF
+  $web_line
   coinalarm     serve all, pid $pid, log .run/logs/coinalarm.log
   fakes         exchange ws://127.0.0.1:$CADEV_FAKE_EXCHANGE_PORT/websocket/v1, twilio http://127.0.0.1:$CADEV_FAKE_TWILIO_PORT
   api           http://127.0.0.1:$CADEV_API_PORT (OpenAPI: /openapi.json, Swagger UI: /docs)

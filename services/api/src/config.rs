@@ -21,6 +21,9 @@
 //! [api.twilio_auth_tokens]                             # provider name (as in [dispatcher.providers]) → token
 //! twilio = "..."
 //! ```
+//!
+//! `web_root = "/srv/coinalarm/web"` (optional) also serves the built web client at `/` (see
+//! [`crate::web_root`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,6 +33,8 @@ use coinalarm_runtime::config::seconds;
 use coinalarm_runtime::sealing::SealingKeys;
 use serde::{Deserialize, Serialize};
 use url::Url;
+
+use crate::web_root::WebRoot;
 
 /// Why the `[api]` section cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +154,8 @@ pub struct ApiConfig {
     /// Auth token per provider name, for `X-Twilio-Signature` of status callbacks.
     pub twilio_auth_tokens: BTreeMap<String, String>,
     pub sign_in: SignInSettings,
+    /// Directory of the built web client (`web/dist`), served at `/`; none when absent.
+    pub web_root: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -169,6 +176,7 @@ impl Default for ApiConfig {
             sealing_keys: SealingKeys::default(),
             twilio_auth_tokens: BTreeMap::new(),
             sign_in: SignInSettings::default(),
+            web_root: None,
         }
     }
 }
@@ -196,6 +204,7 @@ impl std::fmt::Debug for ApiConfig {
                 &self.twilio_auth_tokens.keys().collect::<Vec<_>>(),
             )
             .field("sign_in", &self.sign_in)
+            .field("web_root", &self.web_root)
             .finish()
     }
 }
@@ -219,9 +228,20 @@ impl ApiConfig {
         })
     }
 
+    /// The web client's directory, checked; `None` when the API serves no client.
+    pub fn web_root(&self) -> Result<Option<WebRoot>, Error> {
+        self.web_root
+            .as_deref()
+            .map(|directory| {
+                WebRoot::new(directory).map_err(|error| Error::Invalid(error.to_string()))
+            })
+            .transpose()
+    }
+
     /// Checks everything that can be checked without connecting anywhere.
     pub fn validate(&self) -> Result<(), Error> {
         self.phone_hash_key_bytes()?;
+        self.web_root()?;
         self.public_base()?;
         if self.session_keys.current.is_empty() || self.session_keys.keys.is_empty() {
             return Err(Error::Invalid(

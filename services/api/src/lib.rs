@@ -9,6 +9,8 @@
 //! * Sessions: signed tokens checked without a store ([`session`]), sign-outs replicated as events
 //!   ([`revocations`]).
 //!
+//! * The web client: [`web_root`] serves its built files at `/` when `api.web_root` is set.
+//!
 //! The service starts whatever is down: Postgres and Redis are connected in the background and each
 //! route answers 503 with a code naming what is missing; `/readyz` says which.
 
@@ -23,6 +25,7 @@ pub mod revocations;
 pub mod routes;
 pub mod session;
 pub mod state;
+pub mod web_root;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -68,6 +71,7 @@ pub enum Error {
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: AppState,
+    web_root: Option<web_root::WebRoot>,
     shutdown: Shutdown,
 }
 
@@ -94,6 +98,7 @@ impl Server {
             .section(NAME)
             .map_err(|error| Error::Config(error.into()))?;
         settings.validate()?;
+        let web_root = settings.web_root()?;
         let sealer = Sealer::from_config(&settings.sealing_keys)?;
         let exchange = Exchange::parse(&settings.exchange).map_err(Error::Exchange)?;
         let sessions = SessionKeyring::new(
@@ -133,6 +138,7 @@ impl Server {
         Ok(Server {
             listener,
             state,
+            web_root,
             shutdown,
         })
     }
@@ -149,7 +155,11 @@ impl Server {
     pub async fn serve(self) -> Result<(), Error> {
         let address = self.local_addr().ok();
         tracing::info!(service = NAME, site = %self.state.site, address = ?address, "api listening");
-        let app = routes::app(self.state.clone());
+        let mut app = routes::app(self.state.clone());
+        if let Some(web_root) = &self.web_root {
+            tracing::info!(service = NAME, directory = %web_root.directory().display(), "serving the web client at /");
+            app = web_root.attach(app);
+        }
         let shutdown = self.shutdown.clone();
         axum::serve(
             self.listener,
