@@ -88,8 +88,7 @@ pub async fn measure(messages: usize) -> anyhow::Result<Baseline> {
 
 pub fn report(baseline: &Baseline) -> String {
     format!(
-        "## Raw JetStream baseline\n\n\
-         | what | messages | msg/s |\n|---|---|---|\n\
+        "| what | messages | msg/s |\n|---|---|---|\n\
          | async publish, lone stream, ids, 400 B, 4,096 in flight | {} | {:.0} |\n\
          | pull consume, batches of 1,000, no ack | {} | {:.0} |\n",
         baseline.messages,

@@ -370,6 +370,11 @@ impl FakeTwilio {
         lock(&self.state.ledger).clone()
     }
 
+    /// How many messages were accepted, without copying the ledger (a benchmark polls this).
+    pub fn ledger_len(&self) -> usize {
+        lock(&self.state.ledger).len()
+    }
+
     /// Every request answered, accepted or refused, oldest first.
     pub fn requests(&self) -> Vec<RequestRecord> {
         lock(&self.state.requests).clone()

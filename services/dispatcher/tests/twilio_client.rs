@@ -12,6 +12,7 @@ use axum::routing::post;
 use axum::{Form, Router};
 use coinalarm_dispatcher::callback::CallbackTarget;
 use coinalarm_dispatcher::fake_twilio::{self, FakeTwilio, FakeTwilioConfig, Fault, FaultRule};
+use coinalarm_runtime::trace::TraceContext;
 use coinalarm_dispatcher::twilio::{
     self, Client, ClientConfig, Credentials, ErrorClass, NewMessage, Sender, StatusCallback,
 };
@@ -57,7 +58,7 @@ fn message<'a>(to: &'a str, body: &'a str) -> NewMessage<'a> {
         to,
         body,
         status_callback: None,
-        traceparent: None,
+        trace: None,
     }
 }
 
@@ -68,7 +69,7 @@ async fn an_accepted_message_lands_in_the_ledger_with_twilios_response_shape() {
     let body = "KRW-BTC 95,000,000원 도달 ✓";
     let resource = client(&fake)
         .send(&NewMessage {
-            traceparent: Some(traceparent.clone()),
+            trace: TraceContext::parse(&traceparent),
             ..message(TO, body)
         })
         .await
@@ -90,7 +91,15 @@ async fn an_accepted_message_lands_in_the_ledger_with_twilios_response_shape() {
     assert_eq!(ledger[0].account_sid, ACCOUNT);
     assert_eq!(ledger[0].authenticated_as, ACCOUNT);
     assert_eq!(ledger[0].fake, "primary");
-    assert_eq!(ledger[0].traceparent.as_deref(), Some(traceparent.as_str()));
+    // The call is a span under the caller's context: same trace, its own span id on the wire.
+    let sent = ledger[0]
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .expect("the call carries a traceparent");
+    let caller = TraceContext::parse(&traceparent).expect("parses");
+    assert_eq!(sent.trace_id, caller.trace_id);
+    assert_ne!(sent.span_id, caller.span_id);
 
     let over_http = fake_twilio::fetch_ledger(&fake.base_url())
         .await
