@@ -848,10 +848,12 @@ ensure_web_deps() {
   command -v npm >/dev/null || die "npm is missing: install Node.js 20 (it builds the web client)"
   if [[ ! -f $WEB_DIR/node_modules/.package-lock.json ||
     $WEB_DIR/package-lock.json -nt $WEB_DIR/node_modules/.package-lock.json ]]; then
-    run_step "web: npm ci" npm --prefix "$WEB_DIR" ci --no-audit --no-fund && return 0
+    mkdir -p "$LOG_DIR"
+    say "web: npm ci (log: .run/logs/npm.log)"
+    npm --prefix "$WEB_DIR" ci --no-audit --no-fund >"$LOG_DIR/npm.log" 2>&1 && return 0
     # `npm ci` refuses a lock file without the other platforms' optional builds (rollup, esbuild), which
     # a registry mirror that lacks them produces; `npm install` installs the same locked versions.
-    warn "npm ci failed; installing the locked versions with npm install --no-save instead"
+    warn "npm ci refused the lock file (see .run/logs/npm.log); installing the locked versions with npm install --no-save"
     run_step "web: npm install (locked versions)" npm --prefix "$WEB_DIR" install --no-save --no-audit --no-fund || return 1
   fi
 }
