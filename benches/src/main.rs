@@ -30,7 +30,7 @@ struct Cli {
     /// `<!-- /bench:NAME -->`.
     #[arg(long)]
     write: Option<PathBuf>,
-    /// Largest alert count for the matcher (1k, 100k and this), and the cold start's.
+    /// Largest alert count for the matcher and its cold start (1k, 100k and this).
     #[arg(long, default_value_t = 1_000_000)]
     max_alerts: usize,
     /// Messages for the raw JetStream baseline.
@@ -78,6 +78,15 @@ impl Suite {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The services started in this process log like `coinalarm serve` does (`RUST_LOG=info` shows the
+    // matcher's rebuild); quiet by default so the tables stay readable.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Runtime::new()?;
     let mut sections = report::Sections::default();
     if cli.suite == Suite::Section {
@@ -119,8 +128,11 @@ fn main() -> anyhow::Result<()> {
         sections.add("matcher", matcher::run(cli.max_alerts)?);
     }
     if cli.suite.includes(Suite::ColdStart) {
-        let result = runtime.block_on(matcher::cold_start(cli.max_alerts))?;
-        sections.add("cold-start", matcher::cold_start_report(&result));
+        let mut results = Vec::new();
+        for count in matcher::cold_start_counts(cli.max_alerts) {
+            results.push(runtime.block_on(matcher::cold_start(count))?);
+        }
+        sections.add("cold-start", matcher::cold_start_report(&results));
     }
     if cli.suite == Suite::Replay {
         let result = runtime.block_on(replay::measure())?;

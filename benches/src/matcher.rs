@@ -140,8 +140,8 @@ pub struct ColdStart {
 
 /// The matcher's cold start: `count` alert events stored in the on-prem `ALERTS` aggregate (published
 /// to the origin and sourced, as in production), then the matcher service started in this process and
-/// timed until its first trigger, for a tick that crosses one alert and is published every 10 ms from
-/// the start: the index rebuilt from the streams and the live loop running. Memory is this process's
+/// timed until its first trigger, for probe ticks published every 10 ms from the start that cross one
+/// alert's target back and forth: the index rebuilt from the streams and the live loop running. Memory is this process's
 /// resident growth over that start (the matcher is the only thing it starts).
 pub async fn cold_start(count: usize) -> anyhow::Result<ColdStart> {
     use coinalarm_runtime::bus::Bus;
@@ -228,8 +228,18 @@ pub async fn cold_start(count: usize) -> anyhow::Result<ColdStart> {
     let mut sequential_id = 0_u64;
     let ready = loop {
         sequential_id += 1;
+        // The probe price alternates just below and at the target, so every other tick is a crossing
+        // whatever the matcher saw before it was ready. A constant price at the target would fire only
+        // if the matcher's tick consumer existed before the first probe tick: on a first start the ticks
+        // already stored are history (they set the market's price, and the probe alert is then placed
+        // on the side it has already crossed to), and nothing after them crosses again.
+        let probe_price = if sequential_id.is_multiple_of(2) {
+            probe_target
+        } else {
+            probe_target - 1
+        };
         let tick: TickObserved = serde_json::from_value(json!({
-            "exchange": "upbit", "market": market(0), "trade_price": probe_target.to_string(),
+            "exchange": "upbit", "market": market(0), "trade_price": probe_price.to_string(),
             "signed_change_rate": "0", "signed_change_price": "0",
             "trade_timestamp": Timestamp::now().to_string(),
             "sequential_id": sequential_id, "stream_type": "realtime",
@@ -262,14 +272,29 @@ pub async fn cold_start(count: usize) -> anyhow::Result<ColdStart> {
     })
 }
 
-pub fn cold_start_report(result: &ColdStart) -> String {
-    format!(
+/// The alert counts of the cold start: 1k, 100k and `max_alerts` (each once, ascending).
+pub fn cold_start_counts(max_alerts: usize) -> Vec<usize> {
+    let mut counts: Vec<usize> = [1_000, 100_000, max_alerts]
+        .into_iter()
+        .filter(|count| *count <= max_alerts)
+        .collect();
+    counts.dedup();
+    counts
+}
+
+pub fn cold_start_report(results: &[ColdStart]) -> String {
+    let mut report = String::from(
         "| alerts in the stream | storing them (publish + sourcing, s) | matcher start → first trigger (s) | resident memory growth |\n\
-         |---|---|---|---|\n\
-         | {} | {:.1} | {:.2} | {:.0} MiB |\n",
-        result.alerts,
-        result.publish_seconds,
-        result.ready_seconds,
-        result.resident_delta as f64 / 1_048_576.0
-    )
+         |---|---|---|---|\n",
+    );
+    for result in results {
+        report.push_str(&format!(
+            "| {} | {:.1} | {:.2} | {:.0} MiB |\n",
+            result.alerts,
+            result.publish_seconds,
+            result.ready_seconds,
+            result.resident_delta as f64 / 1_048_576.0
+        ));
+    }
+    report
 }

@@ -521,14 +521,17 @@ impl Dispatcher {
             };
         }
         // Claiming and sending is a span under the request's publish; the provider call is its child.
-        let mut dispatch_span = self.bus.tracer().start(
-            "dispatch sms",
-            SpanKind::Consumer,
-            delivery.trace.as_ref(),
-        );
+        let mut dispatch_span =
+            self.bus
+                .tracer()
+                .start("dispatch sms", SpanKind::Consumer, delivery.trace.as_ref());
         dispatch_span.set_attributes(|| dispatch_span_attributes(delivery, request, lane));
         let trace = dispatch_span.context();
-        match self.process(delivery, request, lane, trace).instrument(span).await {
+        match self
+            .process(delivery, request, lane, trace)
+            .instrument(span)
+            .await
+        {
             Ok(disposition) => disposition,
             Err(error) => {
                 dispatch_span.set_error(|| error.to_string());

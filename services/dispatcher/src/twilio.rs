@@ -13,8 +13,8 @@ use std::sync::Once;
 use std::time::Duration;
 
 use base64::Engine as _;
-use coinalarm_runtime::trace::{KeyValue, SpanKind, TraceContext, Tracer};
 use base64::engine::general_purpose::STANDARD as BASE64;
+use coinalarm_runtime::trace::{KeyValue, SpanKind, TraceContext, Tracer};
 use hmac::{Hmac, Mac as _};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -369,7 +369,10 @@ impl Client {
             [
                 KeyValue::new("http.request.method", "POST"),
                 KeyValue::new("url.full", url.to_string()),
-                KeyValue::new("server.address", url.host_str().unwrap_or_default().to_owned()),
+                KeyValue::new(
+                    "server.address",
+                    url.host_str().unwrap_or_default().to_owned(),
+                ),
                 KeyValue::new(
                     "server.port",
                     i64::from(url.port_or_known_default().unwrap_or_default()),
@@ -388,7 +391,12 @@ impl Client {
             }
         };
         let status = response.status().as_u16();
-        span.set_attributes(|| [KeyValue::new("http.response.status_code", i64::from(status))]);
+        span.set_attributes(|| {
+            [KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            )]
+        });
         if status >= 400 {
             span.set_attributes(|| [KeyValue::new("error.type", status.to_string())]);
             span.set_error(|| format!("the provider answered {status}"));

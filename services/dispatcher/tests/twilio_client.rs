@@ -12,10 +12,10 @@ use axum::routing::post;
 use axum::{Form, Router};
 use coinalarm_dispatcher::callback::CallbackTarget;
 use coinalarm_dispatcher::fake_twilio::{self, FakeTwilio, FakeTwilioConfig, Fault, FaultRule};
-use coinalarm_runtime::trace::TraceContext;
 use coinalarm_dispatcher::twilio::{
     self, Client, ClientConfig, Credentials, ErrorClass, NewMessage, Sender, StatusCallback,
 };
+use coinalarm_runtime::trace::TraceContext;
 use coinalarm_test_support::wait;
 use proto_events::DispatchId;
 use proto_events::domain::ProviderName;
