@@ -56,7 +56,6 @@ pub async fn run(config: Config, names: &[ServiceName]) -> anyhow::Result<ExitCo
     // The services have stopped (or failed): so do the beats, and the other site may take over.
     shutdown.trigger();
     let _ = heartbeat.await;
-    telemetry::shutdown_traces(config.telemetry.export_timeout).await;
     if outcome.is_clean() {
         return Ok(ExitCode::SUCCESS);
     }

@@ -9,7 +9,6 @@ use coinalarm_runtime::bus::{self, BatchHandler, Bus, ConsumerSpec, Delivery, Di
 use coinalarm_runtime::sealing::{self, Purpose, Sealer, Zeroizing};
 use coinalarm_runtime::shutdown::BoxError;
 use coinalarm_runtime::sites::{self, Liveness, Responsibility, SitesConfig};
-use coinalarm_runtime::trace::{KeyValue, SpanKind, TraceContext};
 use coinalarm_runtime::{Config, Shutdown};
 use futures::future::BoxFuture;
 use jiff::Timestamp;
@@ -520,21 +519,9 @@ impl Dispatcher {
                 after: with_jitter(refusing_for),
             };
         }
-        // Claiming and sending is a span under the request's publish; the provider call is its child.
-        let mut dispatch_span =
-            self.bus
-                .tracer()
-                .start("dispatch sms", SpanKind::Consumer, delivery.trace.as_ref());
-        dispatch_span.set_attributes(|| dispatch_span_attributes(delivery, request, lane));
-        let trace = dispatch_span.context();
-        match self
-            .process(delivery, request, lane, trace)
-            .instrument(span)
-            .await
-        {
+        match self.process(delivery, request, lane).instrument(span).await {
             Ok(disposition) => disposition,
             Err(error) => {
-                dispatch_span.set_error(|| error.to_string());
                 tracing::warn!(dispatch_id = %request.dispatch_id, %error, "dispatch failed for now; will retry");
                 Disposition::Retry {
                     after: Duration::from_secs(1),
@@ -548,8 +535,9 @@ impl Dispatcher {
         delivery: &Delivery,
         request: &DispatchRequested,
         lane: Lane,
-        trace: TraceContext,
     ) -> Result<Disposition, Error> {
+        // On a first delivery no dispatcher at this site has touched the request yet, so the aggregate
+        // alone says what the other site did (see `Outcomes::latest_in_aggregate`); redeliveries read both.
         let latest = if delivery.deliveries <= 1 {
             self.outcomes
                 .latest_in_aggregate(&request.dispatch_id)
@@ -678,7 +666,7 @@ impl Dispatcher {
                 to: request.destination.as_str(),
                 body: &body,
                 status_callback: status_callback.as_ref(),
-                trace: Some(trace),
+                traceparent: delivery.trace.map(|trace| trace.child().to_string()),
             };
             let result = provider.send(&message).await;
             if let Some(hook) = &self.hooks.after_provider_call {
@@ -944,28 +932,4 @@ impl Dispatcher {
         let envelope = self.envelope(delivery, event);
         Ok(self.bus.publish(&envelope, delivery.trace.as_ref()).await?)
     }
-}
-
-/// What the dispatch span of one request says about it (built only when the span is recorded).
-fn dispatch_span_attributes(
-    delivery: &Delivery,
-    request: &DispatchRequested,
-    lane: Lane,
-) -> [KeyValue; 8] {
-    [
-        KeyValue::new("messaging.system", "nats"),
-        KeyValue::new("messaging.operation.type", "process"),
-        KeyValue::new("messaging.destination.name", delivery.subject.clone()),
-        KeyValue::new(
-            "messaging.nats.stream_sequence",
-            i64::try_from(delivery.stream_sequence).unwrap_or(i64::MAX),
-        ),
-        KeyValue::new("coinalarm.event.type", delivery.envelope.data.type_name()),
-        KeyValue::new("coinalarm.dispatch_id", request.dispatch_id.to_string()),
-        KeyValue::new("coinalarm.lane", lane.label()),
-        KeyValue::new(
-            "messaging.nats.deliveries",
-            i64::try_from(delivery.deliveries).unwrap_or(i64::MAX),
-        ),
-    ]
 }

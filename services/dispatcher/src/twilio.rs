@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use coinalarm_runtime::trace::{KeyValue, SpanKind, TraceContext, Tracer};
 use hmac::{Hmac, Mac as _};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -107,10 +106,8 @@ pub struct NewMessage<'a> {
     pub body: &'a str,
     /// Where Twilio posts status changes (`sent`, `delivered`, `undelivered`, ...).
     pub status_callback: Option<&'a Url>,
-    /// The trace of the work this call is part of. The call is a span of its own under it, and that
-    /// span's context is the `traceparent` sent along, so the provider call shows in the trace of the
-    /// event that caused it (`None`: the call starts a trace).
-    pub trace: Option<TraceContext>,
+    /// W3C `traceparent` sent along, so the provider call shows in the trace of the event that caused it.
+    pub traceparent: Option<String>,
 }
 
 /// The message resource Twilio answers with (the fields the dispatcher uses or logs).
@@ -312,7 +309,6 @@ pub struct Client {
     credentials: Credentials,
     sender: Sender,
     timeout: Duration,
-    tracer: Tracer,
 }
 
 impl Client {
@@ -331,7 +327,6 @@ impl Client {
             credentials: config.credentials,
             sender: config.sender,
             timeout: config.timeout,
-            tracer: Tracer::for_service(crate::NAME),
         })
     }
 
@@ -361,46 +356,14 @@ impl Client {
             .basic_auth(&self.credentials.username, Some(&self.credentials.secret))
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&form);
-        let mut span = self
-            .tracer
-            .start("POST", SpanKind::Client, message.trace.as_ref());
-        span.set_attributes(|| {
-            let url = &self.messages_url;
-            [
-                KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("url.full", url.to_string()),
-                KeyValue::new(
-                    "server.address",
-                    url.host_str().unwrap_or_default().to_owned(),
-                ),
-                KeyValue::new(
-                    "server.port",
-                    i64::from(url.port_or_known_default().unwrap_or_default()),
-                ),
-                KeyValue::new("coinalarm.provider", "twilio"),
-            ]
-        });
-        request = request.header("traceparent", span.context().to_string());
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(error) => {
-                let error = self.transport(error);
-                span.set_attributes(|| [KeyValue::new("error.type", error.code())]);
-                span.set_error(|| error.to_string());
-                return Err(error);
-            }
-        };
-        let status = response.status().as_u16();
-        span.set_attributes(|| {
-            [KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            )]
-        });
-        if status >= 400 {
-            span.set_attributes(|| [KeyValue::new("error.type", status.to_string())]);
-            span.set_error(|| format!("the provider answered {status}"));
+        if let Some(traceparent) = &message.traceparent {
+            request = request.header("traceparent", traceparent);
         }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport(error))?;
+        let status = response.status().as_u16();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use coinalarm_runtime::Shutdown;
 use coinalarm_runtime::bus::{self, Bus};
-use coinalarm_runtime::trace::{KeyValue, SpanKind, TraceContext};
+use coinalarm_runtime::trace::TraceContext;
 use proto_events::Envelope;
 use proto_events::events::ticks::TickObserved;
 use tokio::sync::mpsc;
@@ -97,22 +97,7 @@ impl TickPublisher {
         self.report.frames += 1;
         match self.processor.accept(frame) {
             Outcome::Tick(tick) => {
-                // A trade starts a trace; its publish (a span of the bus) is the next link.
-                let mut span = self
-                    .bus
-                    .tracer()
-                    .start("observe tick", SpanKind::Internal, None);
-                span.set_attributes(|| {
-                    [
-                        KeyValue::new("coinalarm.exchange", tick.exchange.to_string()),
-                        KeyValue::new("coinalarm.market", tick.market.to_string()),
-                        KeyValue::new(
-                            "coinalarm.sequential_id",
-                            i64::try_from(tick.sequential_id).unwrap_or(i64::MAX),
-                        ),
-                    ]
-                });
-                let trace = span.context();
+                let trace = TraceContext::new_root();
                 tracing::debug!(market = %tick.market, sequential_id = tick.sequential_id, trace_id = %trace.trace_id_hex(), "tick observed");
                 batch.push((Envelope::new(*tick, self.bus.site()), Some(trace)));
             }

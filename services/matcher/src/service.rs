@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::pull::Ordered;
 use async_nats::jetstream::{self, AckKind};
 use coinalarm_runtime::bus::{self, Bus, ConsumerSpec};
-use coinalarm_runtime::trace::{KeyValue, SpanKind, TraceContext};
+use coinalarm_runtime::trace::TraceContext;
 use coinalarm_runtime::{Config, Shutdown};
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
@@ -305,12 +305,6 @@ impl Matcher {
                 .as_ref()
                 .map(|info| info.stream_sequence)
                 .unwrap_or_default();
-            // Timed only when spans are exported: most ticks fire nothing and get no span.
-            let started = self
-                .bus
-                .tracer()
-                .is_exporting()
-                .then(std::time::SystemTime::now);
             let outcome = self.index.on_tick(tick, sequence, evaluated_at, &mut fired);
             match outcome {
                 TickOutcome::Evaluated { .. } => {
@@ -323,40 +317,7 @@ impl Matcher {
                 }
             }
             if !fired.is_empty() {
-                // The evaluation that fired is a span under the tick's publish; the triggers' publishes
-                // are its children.
-                let mut span = self.bus.tracer().start_at(
-                    || "evaluate tick".into(),
-                    SpanKind::Consumer,
-                    trace_of(&message).as_ref(),
-                    started,
-                );
-                span.set_attributes(|| {
-                    [
-                        KeyValue::new("messaging.system", "nats"),
-                        KeyValue::new("messaging.operation.type", "process"),
-                        KeyValue::new("messaging.destination.name", message.subject.to_string()),
-                        KeyValue::new(
-                            "messaging.nats.stream_sequence",
-                            i64::try_from(sequence).unwrap_or(i64::MAX),
-                        ),
-                        KeyValue::new("coinalarm.event.type", envelope.data.type_name()),
-                        KeyValue::new("coinalarm.market", tick.market.to_string()),
-                        KeyValue::new(
-                            "coinalarm.triggers",
-                            i64::try_from(fired.len()).unwrap_or(i64::MAX),
-                        ),
-                        KeyValue::new(
-                            "coinalarm.alert_ids",
-                            fired
-                                .iter()
-                                .map(|trigger| trigger.alert_id.to_string())
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        ),
-                    ]
-                });
-                let trace = Some(span.context());
+                let trace = trace_of(&message);
                 let tick_stored_at = info.and_then(|info| {
                     Timestamp::from_nanosecond(info.published.unix_timestamp_nanos()).ok()
                 });

@@ -22,7 +22,7 @@ use coinalarm_runtime::config::SectionError;
 use coinalarm_runtime::sealing::{self, Sealer};
 use coinalarm_runtime::shutdown::BoxError;
 use coinalarm_runtime::sites::{Liveness, Responsibility, SitesConfig};
-use coinalarm_runtime::trace::{KeyValue, Span, SpanKind, TraceContext, Tracer};
+use coinalarm_runtime::trace::TraceContext;
 use coinalarm_runtime::{Config, Shutdown};
 use futures::{FutureExt as _, StreamExt as _};
 use jiff::{SignedDuration, Timestamp};
@@ -470,12 +470,7 @@ impl TriggerLoop {
             return;
         }
         let now = Timestamp::now();
-        let wording_started = self
-            .bus
-            .tracer()
-            .is_exporting()
-            .then(std::time::SystemTime::now);
-        let mut plan = plan_groups(
+        let plan = plan_groups(
             groups,
             &lock(&self.model),
             self.ownership,
@@ -484,11 +479,7 @@ impl TriggerLoop {
         );
         metrics::gauge!("coinalarm_notifier_held_triggers").set(self.coalescer.held() as f64);
         if !plan.events.is_empty() {
-            let mut wording = wording_spans(self.bus.tracer(), &mut plan.events, wording_started);
             if let Err(error) = self.bus.publish_all(&plan.events).await {
-                for span in &mut wording {
-                    span.set_error(|| error.to_string());
-                }
                 metrics::counter!("coinalarm_notifier_publish_failures_total").increment(1);
                 tracing::warn!(%error, triggers = plan.settlements.len(), "publishing dispatch decisions failed; triggers will be redelivered");
                 for (message, _) in plan.settlements {
@@ -519,57 +510,6 @@ impl TriggerLoop {
             self.last_prune = now;
         }
     }
-}
-
-/// With spans exported, each decision worded from a trigger is a span under the trigger's publish, and
-/// the decision's own publish becomes its child. Without export: nothing, no allocation.
-fn wording_spans(
-    tracer: &Tracer,
-    events: &mut [(Envelope<Event>, Option<TraceContext>)],
-    started: Option<std::time::SystemTime>,
-) -> Vec<Span> {
-    if !tracer.is_exporting() {
-        return Vec::new();
-    }
-    events
-        .iter_mut()
-        .filter_map(|(envelope, trace)| {
-            let parent = (*trace)?;
-            let mut span = tracer.start_at(
-                || "word trigger".into(),
-                SpanKind::Consumer,
-                Some(&parent),
-                started,
-            );
-            span.set_attributes(|| {
-                let mut attributes = vec![
-                    KeyValue::new("messaging.system", "nats"),
-                    KeyValue::new("messaging.operation.type", "process"),
-                    KeyValue::new("coinalarm.event.type", envelope.data.type_name()),
-                ];
-                match &envelope.data {
-                    Event::DispatchRequested(request) => attributes.push(KeyValue::new(
-                        "coinalarm.dispatch_id",
-                        request.dispatch_id.to_string(),
-                    )),
-                    Event::DispatchSkipped(skip) => {
-                        attributes.push(KeyValue::new(
-                            "coinalarm.alert_id",
-                            skip.alert_id.to_string(),
-                        ));
-                        attributes.push(KeyValue::new(
-                            "coinalarm.trigger_id",
-                            skip.trigger_id.to_string(),
-                        ));
-                    }
-                    _ => {}
-                }
-                attributes
-            });
-            *trace = Some(span.context());
-            Some(span)
-        })
-        .collect()
 }
 
 fn record_plan<H>(plan: &Plan<H>, now: Timestamp) {

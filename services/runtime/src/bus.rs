@@ -18,7 +18,7 @@ use proto_events::{Envelope, Event, Site};
 
 use crate::Shutdown;
 use crate::config::Config;
-use crate::trace::{KeyValue, Span, SpanKind, TraceContext, Tracer};
+use crate::trace::TraceContext;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,8 +58,6 @@ pub struct Bus {
     jetstream: jetstream::Context,
     site: Site,
     service: String,
-    /// Each publish is a producer span of this service whose context is the message's `traceparent`.
-    tracer: Tracer,
 }
 
 impl Bus {
@@ -84,13 +82,7 @@ impl Bus {
             client,
             site,
             service: service.to_owned(),
-            tracer: Tracer::for_service(service),
         }
-    }
-
-    /// This service's tracer, for the spans of its own work around what it publishes.
-    pub fn tracer(&self) -> &Tracer {
-        &self.tracer
     }
 
     pub fn site(&self) -> Site {
@@ -116,9 +108,8 @@ impl Bus {
         trace: Option<&TraceContext>,
     ) -> Result<Published, Error> {
         let subject = envelope.subject(Some(self.site));
-        let (pending, span) = self.send(envelope, subject.clone(), trace, None).await?;
-        self.acknowledged(pending, span, &subject, envelope, None)
-            .await
+        let pending = self.send(envelope, subject.clone(), trace, None).await?;
+        self.acknowledged(pending, &subject, envelope, None).await
     }
 
     /// Publishes many events with their acknowledgements in flight together (one round trip for the
@@ -130,14 +121,13 @@ impl Bus {
         let mut pending = FuturesOrdered::new();
         for (envelope, trace) in envelopes {
             let subject = envelope.subject(Some(self.site));
-            let (ack, span) = self
+            let ack = self
                 .send(envelope, subject.clone(), trace.as_ref(), None)
                 .await?;
-            pending.push_back(async move { (subject, envelope, ack.await, span) });
+            pending.push_back(async move { (subject, envelope, ack.await) });
         }
         let mut published = Vec::with_capacity(envelopes.len());
-        while let Some((subject, envelope, result, mut span)) = pending.next().await {
-            record_ack(&mut span, &result);
+        while let Some((subject, envelope, result)) = pending.next().await {
             published.push(ack_to_published(result, &subject, envelope, None)?);
         }
         Ok(published)
@@ -153,7 +143,7 @@ impl Bus {
         trace: Option<&TraceContext>,
     ) -> Result<Published, Error> {
         let subject = envelope.subject(Some(home_site));
-        let (pending, span) = self
+        let pending = self
             .send(
                 envelope,
                 subject.clone(),
@@ -161,14 +151,8 @@ impl Bus {
                 Some(expected_last_sequence),
             )
             .await?;
-        self.acknowledged(
-            pending,
-            span,
-            &subject,
-            envelope,
-            Some(expected_last_sequence),
-        )
-        .await
+        self.acknowledged(pending, &subject, envelope, Some(expected_last_sequence))
+            .await
     }
 
     async fn send<T: EventData>(
@@ -177,30 +161,13 @@ impl Bus {
         subject: String,
         trace: Option<&TraceContext>,
         expected_last_sequence: Option<u64>,
-    ) -> Result<(jetstream::context::PublishAckFuture, Span), Error> {
+    ) -> Result<jetstream::context::PublishAckFuture, Error> {
         let mut headers = HeaderMap::new();
         for (name, value) in envelope.headers() {
             headers.insert(name, value.as_str());
         }
-        // The publish is a span of its own; its context (without export: a new span id in the caller's
-        // trace, or a new trace) is the message's `traceparent`, the parent of the next hop's work.
-        let event_type = envelope.data.event_type();
-        let mut span = self.tracer.start_at(
-            || std::borrow::Cow::Owned(format!("publish {}", event_type.category().token())),
-            SpanKind::Producer,
-            trace,
-            None,
-        );
-        span.set_attributes(|| {
-            [
-                KeyValue::new("messaging.system", "nats"),
-                KeyValue::new("messaging.operation.type", "send"),
-                KeyValue::new("messaging.destination.name", subject.clone()),
-                KeyValue::new("messaging.message.id", envelope.id.as_str().to_owned()),
-                KeyValue::new("coinalarm.event.type", event_type.as_str()),
-            ]
-        });
-        headers.insert(header::TRACEPARENT, span.context().to_string().as_str());
+        let trace = trace.map_or_else(TraceContext::new_root, TraceContext::child);
+        headers.insert(header::TRACEPARENT, trace.to_string().as_str());
         if let Some(expected) = expected_last_sequence {
             headers.insert(
                 header::EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -208,35 +175,24 @@ impl Bus {
             );
         }
         let body = envelope::encode(envelope);
-        let pending = self
-            .jetstream
+        self.jetstream
             .publish_with_headers(subject.clone(), headers, body.into())
             .await
             .map_err(|source| Error::Publish {
                 subject,
                 message_id: envelope.id.as_str().to_owned(),
                 source,
-            });
-        match pending {
-            Ok(pending) => Ok((pending, span)),
-            Err(error) => {
-                span.set_error(|| error.to_string());
-                Err(error)
-            }
-        }
+            })
     }
 
     async fn acknowledged<T: EventData>(
         &self,
         pending: jetstream::context::PublishAckFuture,
-        mut span: Span,
         subject: &str,
         envelope: &Envelope<T>,
         expected: Option<u64>,
     ) -> Result<Published, Error> {
-        let result = pending.await;
-        record_ack(&mut span, &result);
-        ack_to_published(result, subject, envelope, expected)
+        ack_to_published(pending.await, subject, envelope, expected)
     }
 
     /// Creates (or updates to this definition) a durable pull consumer on a local aggregate.
@@ -264,26 +220,6 @@ impl Bus {
             .create_consumer_on_stream(config, &spec.stream)
             .await
             .map_err(|error| consumer_error(Box::new(error)))
-    }
-}
-
-/// What the stream said about a publish, on its span: where it was stored, or why not.
-fn record_ack(
-    span: &mut Span,
-    result: &Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-) {
-    match result {
-        Ok(ack) => span.set_attributes(|| {
-            [
-                KeyValue::new("messaging.nats.stream", ack.stream.clone()),
-                KeyValue::new(
-                    "messaging.nats.stream_sequence",
-                    i64::try_from(ack.sequence).unwrap_or(i64::MAX),
-                ),
-                KeyValue::new("messaging.nats.duplicate", ack.duplicate),
-            ]
-        }),
-        Err(error) => span.set_error(|| error.to_string()),
     }
 }
 

@@ -228,18 +228,6 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// Where `/metrics` is served for Prometheus; `None` disables the listener.
     pub metrics_listen: Option<String>,
-    /// Base URL of an OTLP/HTTP collector (`http://collector:4318`; spans go to `<base>/v1/traces`,
-    /// protobuf). `None` exports no spans, unless the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, which then applies as the OpenTelemetry spec says.
-    pub otlp_endpoint: Option<String>,
-    /// Each service's spans carry `service.name = <prefix><service>`, e.g. `coinalarm-matcher`.
-    pub service_name_prefix: String,
-    /// Share of new traces recorded (0.0 to 1.0), decided once where a trace starts (a tick, an API
-    /// request) and followed by every later hop.
-    pub sample_ratio: f64,
-    /// Bound on one export request, and on flushing the last spans when the process stops.
-    #[serde(with = "seconds")]
-    pub export_timeout: Duration,
 }
 
 impl Default for TelemetryConfig {
@@ -248,10 +236,6 @@ impl Default for TelemetryConfig {
             log_filter: "info".to_owned(),
             log_format: LogFormat::Pretty,
             metrics_listen: None,
-            otlp_endpoint: None,
-            service_name_prefix: "coinalarm-".to_owned(),
-            sample_ratio: 1.0,
-            export_timeout: Duration::from_secs(5),
         }
     }
 }

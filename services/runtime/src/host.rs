@@ -53,8 +53,6 @@ pub fn service_main(name: &'static str, start: StartFn) -> ExitCode {
         let shutdown = Shutdown::new();
         shutdown.trigger_on_signals();
         let outcome = serve(&config, &[(name, start)], shutdown).await;
-        // The services have drained: their last spans go out, bounded like the drain itself.
-        crate::telemetry::shutdown_traces(config.telemetry.export_timeout).await;
         if outcome.is_clean() {
             ExitCode::SUCCESS
         } else {
