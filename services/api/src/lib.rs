@@ -127,6 +127,7 @@ impl Server {
             catalogue: Catalogue::upbit(),
             revoked: state::RevokedSessions::default(),
             live: live::LiveHub::default(),
+            projections: consistency::ProjectionWaiter::default(),
             metrics: metrics_handle(),
             shutdown: shutdown.clone(),
             settings,
@@ -134,6 +135,7 @@ impl Server {
         state::connect_postgres_in_background(state.clone(), config.clone(), shutdown.clone());
         state::connect_redis_in_background(state.clone(), config.clone(), shutdown.clone());
         revocations::start(state.clone(), shutdown.clone());
+        consistency::ProjectionWaiter::start(&state, shutdown.clone());
         state.live.start(bus, shutdown.clone());
         Ok(Server {
             listener,

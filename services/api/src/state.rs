@@ -53,6 +53,8 @@ pub struct Inner {
     pub catalogue: &'static Catalogue,
     pub revoked: RevokedSessions,
     pub live: LiveHub,
+    /// Read-your-writes waits, answered by one poller for the whole process.
+    pub projections: crate::consistency::ProjectionWaiter,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The service's shutdown: long-lived responses (the live stream) end on it.
     pub shutdown: Shutdown,

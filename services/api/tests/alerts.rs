@@ -561,3 +561,89 @@ async fn commands_for_an_alert_homed_at_the_other_site_cross_the_link_or_fall_ba
     assert!(cloud.stop().await.is_clean());
     assert!(onprem.stop().await.is_clean());
 }
+
+/// Many commands in flight at once share the process's one read-model poller: each still answers
+/// only once its own row is readable, and the next read shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_each_answer_once_their_own_write_is_readable() {
+    let harness = Harness::start().await;
+    let running = harness
+        .run(harness.config(Site::Onprem, json!({})), API_AND_PROJECTOR)
+        .await;
+    publish_tick(&harness, "KRW-BTC", "95000000", 1).await;
+    let base = Client::new(&harness.api_url(Site::Onprem));
+    let mut users = Vec::new();
+    for number in 0..8 {
+        let user = UserId::new();
+        let phone = format!("010-3333-{:04}", 100 + number);
+        users.push((user.clone(), base.with_token(&harness.token(&user, &phone))));
+    }
+
+    let mut commands = tokio::task::JoinSet::new();
+    for (_, api) in &users {
+        for step in 0..5 {
+            let api = api.clone();
+            commands.spawn(async move {
+                let target = format!("{}", 96_000_000 + step * 1_000);
+                let (status, created, headers) =
+                    api.post("/v1/alerts", target_alert(&target)).await;
+                assert_eq!(status, StatusCode::CREATED, "{created}");
+                assert_eq!(headers["coinalarm-consistent"], "true", "{created}");
+                let path = format!("/v1/alerts/{}", created["alert_id"].as_str().expect("id"));
+                let (status, read, _) = api.get(&path).await;
+                assert_eq!(status, StatusCode::OK, "{read}");
+                assert_eq!(read["condition"]["target"], target.as_str());
+
+                let moved = format!("{}", 97_000_000 + step * 1_000);
+                let (status, updated, headers) =
+                    api.put(&path, target_alert(&moved), Some(1)).await;
+                assert_eq!(status, StatusCode::OK, "{updated}");
+                assert_eq!(headers["coinalarm-consistent"], "true", "{updated}");
+                assert_eq!(updated["version"], 2);
+                let (_, read, _) = api.get(&path).await;
+                assert_eq!(read["condition"]["target"], moved.as_str(), "{read}");
+                assert_eq!(read["version"], 2);
+            });
+        }
+    }
+    while let Some(done) = commands.join_next().await {
+        done.expect("command task");
+    }
+    for (user, api) in &users {
+        let (status, listed, _) = api.get("/v1/alerts").await;
+        assert_eq!(status, StatusCode::OK, "{listed}");
+        let alerts = listed["alerts"].as_array().expect("alerts");
+        assert_eq!(alerts.len(), 5, "every alert of {user} listed: {listed}");
+    }
+
+    assert!(running.stop().await.is_clean());
+}
+
+/// With nothing projecting, a command is accepted and says so after `consistency_wait`, rather than
+/// waiting forever or failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_projector_a_command_answers_not_yet_readable_after_the_wait() {
+    let harness = Harness::start().await;
+    let api_only: &[(&str, coinalarm_runtime::host::StartFn)] =
+        &[(coinalarm_api::NAME, coinalarm_api::start)];
+    let running = harness
+        .run(
+            harness.config(Site::Onprem, json!({"consistency_wait": 0.5})),
+            api_only,
+        )
+        .await;
+    let user = UserId::new();
+    let api = Client::new(&harness.api_url(Site::Onprem)).with_token(&harness.token(&user, PHONE));
+    let started = std::time::Instant::now();
+    let (status, created, headers) = api.post("/v1/alerts", target_alert("96000000")).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(headers["coinalarm-consistent"], "false");
+    assert_eq!(created["version"], 1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the command waited for the read model: {:?}",
+        started.elapsed()
+    );
+
+    assert!(running.stop().await.is_clean());
+}
