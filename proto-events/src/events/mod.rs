@@ -154,6 +154,19 @@ macro_rules! event_catalog {
             }
         }
 
+        impl Event {
+            /// [`Event::from_current_data`] straight from the payload's JSON text, with no
+            /// intermediate `Value`: the path of every message already at the current version.
+            pub(crate) fn from_current_json(
+                event_type: EventType,
+                data: &str,
+            ) -> Result<Event, serde_json::Error> {
+                match event_type {
+                    $(EventType::$variant => serde_json::from_str::<$variant>(data).map(Event::$variant),)+
+                }
+            }
+        }
+
         impl EventData for Event {
             fn event_type(&self) -> EventType {
                 match self {

@@ -9,7 +9,9 @@
 //! all of them at once, and the tests hold the two to the same answers.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 
 use proto_events::events::{Direction, PriceSide};
 use rust_decimal::Decimal;

@@ -5,7 +5,7 @@
 //! from `tick_history` before the tick consumer's acknowledged position up to that position — the ticks
 //! after it are delivered again by the durable consumer and evaluated live.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
