@@ -33,7 +33,7 @@ FAKE_TWILIO_AUTH_TOKEN=demo-auth-token
 # Replaced by the interpreter's real path in ensure_tools.
 PYTHON_BIN=python3
 # Users in nats/accounts.conf and nats/cloud.conf; each gets NATS_PASSWORD_<USER>.
-NATS_USERS=(SYS ADMIN LEAF INGEST MATCHER NOTIFIER DISPATCHER PROJECTOR API)
+NATS_USERS=(SYS ADMIN LEAF MONITOR INGEST MATCHER NOTIFIER DISPATCHER PROJECTOR API)
 # How long a server may take to start before we give up and show its log (CADEV_WAIT_SECS overrides).
 WAIT_SECS=${CADEV_WAIT_SECS:-60}
 

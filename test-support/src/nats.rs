@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
@@ -21,10 +21,11 @@ use crate::ports::free_port;
 use crate::wait;
 
 /// Every user of `nats/accounts.conf`, each given a fresh random password per test.
-pub const USERS: [&str; 9] = [
+pub const USERS: [&str; 10] = [
     "sys",
     "admin",
     "leaf",
+    "monitor",
     "ingest",
     "matcher",
     "notifier",
@@ -240,8 +241,12 @@ impl TwoSites {
     }
 
     /// Drops the leaf link's connections and refuses new ones: a partition with both sites alive.
+    ///
+    /// Returns once every forwarded connection is closed: a write made after `cut_link` returns cannot
+    /// cross through a connection the proxy's thread had not yet dropped.
     pub fn cut_link(&self) {
         self.link.set_open(false);
+        self.link.wait_no_connections(Duration::from_secs(10));
     }
 
     /// Lets the leaf link reconnect.
@@ -461,6 +466,8 @@ struct LinkProxy {
     open_changes: watch::Sender<bool>,
     stopped: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Connections being forwarded, and a signal each time one closes.
+    connections: Arc<(Mutex<usize>, Condvar)>,
 }
 
 impl LinkProxy {
@@ -477,6 +484,8 @@ impl LinkProxy {
         let thread_open = open.clone();
         let upstream_port = Arc::new(AtomicU16::new(upstream_port));
         let thread_upstream = upstream_port.clone();
+        let connections = Arc::new((Mutex::new(0), Condvar::new()));
+        let thread_connections = connections.clone();
         let thread = std::thread::Builder::new()
             .name("nats-link-proxy".to_owned())
             .spawn(move || {
@@ -490,6 +499,7 @@ impl LinkProxy {
                     thread_open,
                     open_watch,
                     stop_watch,
+                    thread_connections,
                 ));
             })
             .expect("spawn the link proxy thread");
@@ -500,7 +510,23 @@ impl LinkProxy {
             open_changes,
             stopped,
             thread: Some(thread),
+            connections,
         }
+    }
+
+    /// Blocks until no connection is forwarded any more (the proxy runs on its own thread, so this
+    /// cannot hold it up), or panics after `within`.
+    fn wait_no_connections(&self, within: Duration) {
+        let (count, closed) = &*self.connections;
+        let count = count.lock().unwrap_or_else(PoisonError::into_inner);
+        let (count, timeout) = closed
+            .wait_timeout_while(count, within, |count| *count > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        assert!(
+            !timeout.timed_out(),
+            "the link proxy still forwards {} connection(s) {within:?} after the cut",
+            *count
+        );
     }
 
     fn set_open(&self, open: bool) {
@@ -522,6 +548,7 @@ async fn proxy_loop(
     open: Arc<AtomicBool>,
     open_watch: watch::Receiver<bool>,
     mut stop_watch: watch::Receiver<bool>,
+    live: Arc<(Mutex<usize>, Condvar)>,
 ) {
     let listener = TcpListener::from_std(listener).expect("tokio listener");
     let mut connections = tokio::task::JoinSet::new();
@@ -539,7 +566,9 @@ async fn proxy_loop(
         }
         let mut open_watch = open_watch.clone();
         let upstream_port = upstream_port.load(Ordering::SeqCst);
+        let forwarding = Forwarding::start(live.clone());
         connections.spawn(async move {
+            let _forwarding = forwarding;
             let Ok(mut upstream) = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream_port)).await
             else {
                 return;
@@ -552,6 +581,24 @@ async fn proxy_loop(
         });
     }
     connections.abort_all();
+}
+
+/// Counts one forwarded connection for as long as it lives (its task ends or is aborted).
+struct Forwarding(Arc<(Mutex<usize>, Condvar)>);
+
+impl Forwarding {
+    fn start(live: Arc<(Mutex<usize>, Condvar)>) -> Forwarding {
+        *live.0.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        Forwarding(live)
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        let (count, closed) = &*self.0;
+        *count.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        closed.notify_all();
+    }
 }
 
 /// One message as stored in a stream, enough to check convergence: position, subject and id.

@@ -268,7 +268,8 @@ then only the secrets those services read.
 {{ include "coinalarm.secretEnv" (dict "name" "COINALARM_REDIS__URL" "secret" $secret "key" $values.redis.urlSecretKey) }}
 {{- end }}
 {{- if $values.nats.perServiceUsers }}
-{{- range $service := $services }}
+{{- /* Every `coinalarm serve` also runs the replication monitor, as the read-only `monitor` user. */}}
+{{- range $service := (ternary (append $services "monitor") $services (gt (len $services) 0)) }}
 - name: COINALARM_NATS__USERS__{{ upper $service }}__USER
   value: {{ $service | quote }}
 {{ include "coinalarm.secretEnv" (dict "name" (printf "COINALARM_NATS__USERS__%s__PASSWORD" (upper $service)) "secret" $secret "key" (include "coinalarm.secretKey" (dict "pattern" $keys.natsPassword "name" $service))) }}

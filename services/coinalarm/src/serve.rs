@@ -95,7 +95,9 @@ async fn beat(config: Config, hosted: Vec<&'static str>, shutdown: Shutdown) {
 
 fn start_monitor(config: Config, shutdown: Shutdown) -> ServiceFuture {
     Box::pin(async move {
-        let client = coinalarm_runtime::nats::connect(&config.nats, config.site, "admin").await?;
+        // Its own read-only user where the deployment names one (`nats.users.monitor`), else the
+        // default user.
+        let client = coinalarm_runtime::nats::connect(&config.nats, config.site, "monitor").await?;
         let local = coinalarm_runtime::nats::jetstream(client.clone(), config.nats.request_timeout);
         let through_link = coinalarm_runtime::nats::jetstream_in_domain(
             client,

@@ -396,3 +396,68 @@ async fn services_write_only_their_own_subjects_and_cannot_change_streams() {
     assert_eq!(ack.stream, "ALERTS_ONPREM");
     assert_eq!(ack.domain, "onprem");
 }
+
+/// The `monitor` user (what `coinalarm serve`'s replication monitor connects as) reads both sites'
+/// streams and sources, its own site's directly and the peer's through the link, and can change
+/// nothing: no publish to an event subject, no stream created or purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_user_reads_replication_state_across_the_link_and_changes_nothing() {
+    let sites = started_and_applied().await;
+    let admin = sites.jetstream(Site::Onprem).await;
+    publish(
+        &admin,
+        subject::alert(Some(Site::Onprem), "m1"),
+        "alert:m1:1",
+    )
+    .await;
+    wait_converged(&sites, Category::Alerts, 1).await;
+
+    let client = sites.client(Site::Onprem, "monitor").await;
+    let timeout = Duration::from_secs(5);
+    let local = coinalarm_runtime::nats::jetstream(client.clone(), timeout);
+    let through_link =
+        coinalarm_runtime::nats::jetstream_in_domain(client.clone(), Site::Cloud.domain(), timeout);
+    let topology = SiteTopology::new(Site::Onprem, &TopologyOptions::default());
+    let status = status::collect(&topology, &local, Some(&through_link), Some(&through_link)).await;
+    assert!(status.reachable, "{:?}", status.error);
+    assert_eq!(status.link_up, Some(true));
+    assert!(!status.streams.is_empty());
+    assert!(
+        status.streams.iter().all(|stream| stream.exists),
+        "{:?}",
+        status.streams
+    );
+    assert!(!status.sources.is_empty());
+    for source in &status.sources {
+        assert_eq!(source.error, None, "{source:?}");
+        assert_eq!(source.lag, Some(0), "{source:?}");
+    }
+
+    let monitor = jetstream::new(client);
+    let published = monitor
+        .publish(subject::alert(Some(Site::Onprem), "m2"), "x".into())
+        .await;
+    let refused = match published {
+        Err(_) => true,
+        Ok(ack) => ack.await.is_err(),
+    };
+    assert!(refused, "the monitor published an event");
+    assert!(
+        monitor
+            .create_stream(jetstream::stream::Config {
+                name: "MONITOR_MADE_THIS".to_owned(),
+                subjects: vec!["monitor.made.this".to_owned()],
+                ..Default::default()
+            })
+            .await
+            .is_err(),
+        "the monitor created a stream"
+    );
+    assert!(
+        admin.get_stream("MONITOR_MADE_THIS").await.is_err(),
+        "no stream was created"
+    );
+    let aggregate = Category::Alerts.aggregate_stream();
+    let mut stream = admin.get_stream(aggregate).await.expect("aggregate");
+    assert_eq!(stream.info().await.expect("info").state.messages, 1);
+}
