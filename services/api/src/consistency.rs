@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::state::AppState;
+use crate::statements;
 
 /// Response header saying whether the read model already shows the command's result.
 pub const HEADER: &str = "coinalarm-consistent";
@@ -149,7 +150,7 @@ async fn check(state: &AppState, table: Table, pending: &mut Pending) {
         Ok(connection) => {
             tokio::time::timeout(
                 state.settings.read_timeout,
-                connection.query(table.query(), &[&ids]),
+                statements::query(&connection, table.query(), &[&ids]),
             )
             .await
         }

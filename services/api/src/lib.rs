@@ -25,6 +25,7 @@ pub mod revocations;
 pub mod routes;
 pub mod session;
 pub mod state;
+pub mod statements;
 pub mod web_root;
 
 use std::net::SocketAddr;

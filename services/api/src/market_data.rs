@@ -9,6 +9,7 @@ use proto_events::{Category, decode};
 use rust_decimal::Decimal;
 
 use crate::state::AppState;
+use crate::statements;
 
 pub async fn latest_price(state: &AppState, market: &MarketCode) -> Option<Price> {
     if let Some(price) = from_ticks(state, market).await {
@@ -41,7 +42,8 @@ async fn from_ticks(state: &AppState, market: &MarketCode) -> Option<Price> {
 async fn from_read_model(state: &AppState, market: &MarketCode) -> Option<Price> {
     let connection = state.read_connection().await.ok()?;
     let row = state
-        .bounded(connection.query_opt(
+        .bounded(statements::query_opt(
+            &connection,
             "SELECT trade_price FROM markets WHERE exchange = $1 AND market = $2",
             &[&state.exchange.as_str(), &market.as_str()],
         ))

@@ -29,6 +29,7 @@ use crate::auth::Authenticated;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, ErrorCode};
 use crate::routes::{Cursor, RequestTrace, decimal_text};
 use crate::state::AppState;
+use crate::statements;
 use crate::{consistency, market_data};
 
 /// Shortest cooldown of a repeating alert: one SMS a minute is already a lot.
@@ -385,7 +386,8 @@ async fn read_alert(
 ) -> Result<Option<AlertView>, ApiError> {
     let connection = state.read_connection().await?;
     let row = state
-        .bounded(connection.query_opt(
+        .bounded(statements::query_opt(
+            &connection,
             &format!(
                 "SELECT {ALERT_COLUMNS} FROM alerts_current \
                  WHERE alert_id = $1 AND user_id = $2 AND status <> 'deleted'"
@@ -599,7 +601,8 @@ async fn user_time_zone(state: &AppState, user_id: &UserId) -> TimeZoneName {
 async fn live_alert_count(state: &AppState, user_id: &UserId) -> Option<i64> {
     let connection = state.read_connection().await.ok()?;
     let row = state
-        .bounded(connection.query_one(
+        .bounded(statements::query_one(
+            &connection,
             "SELECT count(*) FROM (SELECT 1 FROM alerts \
              WHERE user_id = $1 AND status <> 'deleted' LIMIT $2) AS live",
             &[
@@ -827,7 +830,8 @@ pub async fn list_alerts(
     };
     let connection = state.read_connection().await?;
     let rows = state
-        .bounded(connection.query(
+        .bounded(statements::query(
+            &connection,
             &format!(
                 "SELECT {ALERT_COLUMNS} FROM alerts_current \
                  WHERE user_id = $1 AND status <> 'deleted' \

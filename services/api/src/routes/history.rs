@@ -15,6 +15,7 @@ use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::routes::alerts::{AlertPath, parse_alert_id};
 use crate::routes::{Cursor, decimal_text, page_limit};
 use crate::state::AppState;
+use crate::statements;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -142,7 +143,8 @@ pub async fn alert_history(
     let connection = state.read_connection().await?;
     // Deleted alerts keep their history: ownership is checked on the alert row of any status.
     let owned = state
-        .bounded(connection.query_opt(
+        .bounded(statements::query_opt(
+            &connection,
             "SELECT 1 FROM alerts WHERE alert_id = $1 AND user_id = $2",
             &[&alert_id.as_str(), &claims.uid.as_str()],
         ))
@@ -151,7 +153,7 @@ pub async fn alert_history(
         return Err(ApiError::alert_not_found());
     }
     let rows = state
-        .bounded(connection.query(
+        .bounded(statements::query(&connection,
             "SELECT t.trigger_id, t.fired_at, t.alert_version, t.market, t.price, t.change_percent, \
                     (SELECT COALESCE(json_agg(json_build_object( \
                                 'market', p.market, 'price', p.price::text, \
@@ -310,7 +312,8 @@ pub async fn notifications(
     };
     let connection = state.read_connection().await?;
     let rows = state
-        .bounded(connection.query(
+        .bounded(statements::query(
+            &connection,
             "SELECT entry, id, at, status, status_at, body_text, phone_masked, error_code, \
                     skip_reason, sent_count \
              FROM notification_history \

@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody, ErrorCode};
 use crate::routes::{decimal_text, page_limit};
 use crate::state::AppState;
+use crate::statements;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -110,7 +111,8 @@ pub async fn list_markets(
 ) -> Result<Json<MarketList>, ApiError> {
     let connection = state.read_connection().await?;
     let rows = state
-        .bounded(connection.query(
+        .bounded(statements::query(
+            &connection,
             &format!("SELECT {QUOTE_COLUMNS} FROM markets WHERE exchange = $1"),
             &[&state.exchange.as_str()],
         ))
@@ -166,7 +168,8 @@ pub async fn get_market(
     let info = known_market(&state, &path.market)?;
     let connection = state.read_connection().await?;
     let row = state
-        .bounded(connection.query_opt(
+        .bounded(statements::query_opt(
+            &connection,
             &format!("SELECT {QUOTE_COLUMNS} FROM markets WHERE exchange = $1 AND market = $2"),
             &[&state.exchange.as_str(), &info.code.as_str()],
         ))
@@ -253,7 +256,8 @@ pub async fn candles(
     let connection = state.read_connection().await?;
     // The newest `limit` minutes of the range, returned oldest first.
     let rows = state
-        .bounded(connection.query(
+        .bounded(statements::query(
+            &connection,
             "SELECT minute, open, high, low, close, volume, ticks FROM ( \
                  SELECT * FROM candles_1m \
                  WHERE exchange = $1 AND market = $2 AND minute >= $3 AND minute < $4 \
@@ -330,7 +334,8 @@ pub async fn movers(
     let mut lists = Vec::with_capacity(2);
     for order in ["DESC", "ASC"] {
         let rows = state
-            .bounded(connection.query(
+            .bounded(statements::query(
+                &connection,
                 &format!(
                     "SELECT {QUOTE_COLUMNS} FROM markets WHERE exchange = $1 AND market LIKE $2 \
                      ORDER BY change_rate {order}, market LIMIT $3"

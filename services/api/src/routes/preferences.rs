@@ -23,6 +23,7 @@ use crate::error::{ApiError, ApiJson, ErrorBody, ErrorCode};
 use crate::routes::RequestTrace;
 use crate::routes::sign_in::LocaleDto;
 use crate::state::AppState;
+use crate::statements;
 
 /// Highest daily SMS cap a user may set.
 pub const MAX_DAILY_SMS_CAP: u32 = 1_000;
@@ -142,7 +143,8 @@ async fn read_me(
 ) -> Result<Option<Me>, ApiError> {
     let connection = state.read_connection().await?;
     let row = state
-        .bounded(connection.query_opt(
+        .bounded(statements::query_opt(
+            &connection,
             "SELECT phone_masked, home_site, registered_at, locale, time_zone, quiet_hours_start, \
                     quiet_hours_end, daily_sms_cap, version \
              FROM users WHERE user_id = $1 AND registered_at IS NOT NULL",
