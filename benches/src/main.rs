@@ -3,6 +3,10 @@
 //! with `--write BENCHMARKS.md` it also replaces each table it measured between that file's
 //! `<!-- bench:NAME -->` markers (`scripts/bench.sh all` does this).
 
+// The services' binaries use the same allocator: the bench measures what runs in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod baselines;
 mod cpu;
 mod jetstream;
