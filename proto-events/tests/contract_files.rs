@@ -309,23 +309,3 @@ fn old_golden_samples_upcast_to_the_expected_events() {
     );
     assert_eq!(changed.data.preferences.daily_sms_cap, None);
 }
-
-/// `decode` reads current-version payloads straight from the text and older ones through the
-/// upcasters; both paths must give what decoding through a parsed `Value` gives.
-#[test]
-fn decoding_bytes_and_decoding_a_parsed_value_agree_on_every_golden_sample() {
-    let files = golden_files();
-    assert!(
-        files.iter().any(|file| file.version > 1),
-        "samples of more than one version"
-    );
-    for file in files {
-        let bytes = fs::read(&file.path).unwrap();
-        let from_bytes =
-            decode(&bytes).unwrap_or_else(|error| panic!("{}: {error}", file.path.display()));
-        let value: Value = serde_json::from_slice(&bytes).unwrap();
-        let from_value = proto_events::decode_value(value)
-            .unwrap_or_else(|error| panic!("{}: {error}", file.path.display()));
-        assert_eq!(from_bytes, from_value, "{}", file.path.display());
-    }
-}
