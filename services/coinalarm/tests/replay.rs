@@ -101,21 +101,6 @@ async fn trade(deployment: &Deployment, price: i64, ticks: u64) {
     .unwrap_or_else(|timeout| panic!("{timeout}"));
 }
 
-/// Waits until the matcher's tick consumer exists: ticks stored before it are not evaluated.
-async fn wait_matcher_ready(deployment: &Deployment) {
-    let jetstream = deployment.sites.jetstream(Site::Onprem).await;
-    wait::until_true("the matcher's tick consumer", WAIT, || async {
-        jetstream
-            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                "matcher", "TICKS",
-            )
-            .await
-            .is_ok()
-    })
-    .await
-    .unwrap_or_else(|timeout| panic!("{timeout}"));
-}
-
 /// Runs `coinalarm replay --json` with `config`; returns its exit code and report.
 async fn replay(
     config: &coinalarm_runtime::Config,
@@ -186,7 +171,7 @@ async fn start_pipeline(
     })
     .await
     .expect("ingest subscribes");
-    wait_matcher_ready(deployment).await;
+    deployment.wait_matcher_ready(Site::Onprem).await;
     (services, matcher)
 }
 

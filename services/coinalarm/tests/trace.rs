@@ -168,6 +168,7 @@ async fn an_alert_created_edited_fired_sent_and_delivered_is_traced_step_by_step
     })
     .await
     .expect("ingest subscribes");
+    deployment.wait_matcher_ready(Site::Onprem).await;
     let market = MarketCode::parse(MARKET).expect("market");
     deployment
         .exchange

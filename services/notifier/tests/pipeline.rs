@@ -855,6 +855,23 @@ async fn a_live_peers_work_is_watched_and_a_dead_peers_is_taken_over() {
         .await;
     let beating = Shutdown::new();
     let beats = cloud_notifier_beats(cloud.clone(), &beating);
+    // On a loaded machine the first beats can come late; a notifier starting before any would judge
+    // the cloud dead and rightly take its work over. Start it once on-prem can see them.
+    let watching = Shutdown::new();
+    let watcher = coinalarm_runtime::sites::Liveness::start(
+        onprem,
+        coinalarm_runtime::sites::SitesConfig::default(),
+        "test",
+        watching.clone(),
+    );
+    wait::until_true(
+        "on-prem to see the cloud's notifier beat",
+        WITHIN,
+        || async { watcher.view().peer_service_alive("notifier") },
+    )
+    .await
+    .unwrap_or_else(|timeout| panic!("{timeout}"));
+    watching.trigger();
     let (shutdown, task) = running(fixture.config_with_takeover());
 
     // The cloud's notifier beats: its trigger and its sign-in request are watched, not decided.

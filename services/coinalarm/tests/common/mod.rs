@@ -131,6 +131,27 @@ impl Deployment {
         )
     }
 
+    /// Waits until `site`'s matcher has created its tick consumer. On a first start the matcher reads
+    /// the ticks stored before that as history, not as crossings, so a test that trades before it is
+    /// ready (a loaded machine starts it late) would wait for an SMS that never comes.
+    pub async fn wait_matcher_ready(&self, site: Site) {
+        let jetstream = self.sites.jetstream(site).await;
+        wait::until_true(
+            &format!("{site}'s matcher tick consumer"),
+            Duration::from_secs(60),
+            || async {
+                jetstream
+                    .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                        "matcher", "TICKS",
+                    )
+                    .await
+                    .is_ok()
+            },
+        )
+        .await
+        .unwrap_or_else(|timeout| panic!("{timeout}"));
+    }
+
     /// Waits until the ledger holds `count` messages, and returns them.
     pub async fn wait_for_ledger(&self, count: usize, within: Duration) -> Vec<LedgerEntry> {
         let twilio = &self.twilio;
